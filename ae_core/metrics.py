@@ -19,14 +19,22 @@ PSNR_CAP_DB = 100.0  # reported for MSE <= 1e-10, including identical images
 EVAL_NOISE_SEED = 20_240_601
 
 
+def gaussian_noise(shape, noise_var: float, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Draw e ~ N(0, noise_var): noise_var is the variance, so the standard deviation is its root."""
+    if not math.isfinite(noise_var) or noise_var < 0:
+        raise ValueError(f"noise_var must be a finite number >= 0, got {noise_var}")
+    if generator is not None:
+        device = generator.device
+    return torch.randn(shape, generator=generator, device=device) * math.sqrt(noise_var)
+
+
 def add_noise(x: torch.Tensor, noise_var: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Return clip(x + e, 0, 1) with e ~ N(0, noise_var); x itself when noise_var is 0."""
-    if noise_var < 0 or not math.isfinite(noise_var):
-        raise ValueError(f"noise_var must be a finite number >= 0, got {noise_var}")
     if noise_var == 0:
         return x
-    e = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device if generator is None else generator.device)
-    return (x + e.to(x.device) * math.sqrt(noise_var)).clamp_(0.0, 1.0)
+    e = gaussian_noise(x.shape, noise_var, generator, device=x.device)
+    return (x + e.to(x.device)).clamp_(0.0, 1.0)
 
 
 def apply_fixed_noise(x: torch.Tensor, standard_normal: torch.Tensor, noise_var: float) -> torch.Tensor:

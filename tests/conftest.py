@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from ae_core.config import DATASETS
+from ae_core.data import DataError, prepare_dataset
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Data folder with both datasets prepared and verified: $AE_DATA_DIR, else data/ in the repository.
+
+    Preparation is a quick check when the files are already valid. A failure fails the test with
+    the DataError message instead of skipping it, so missing data never passes silently.
+    """
+    env_value = os.environ.get("AE_DATA_DIR")
+    folder = Path(env_value) if env_value else Path(__file__).resolve().parents[1] / "data"
+    for name in DATASETS:
+        try:
+            prepare_dataset(name, folder)
+        except DataError as error:
+            pytest.fail(f"cannot prepare {name} in {folder}: {error}", pytrace=False)
+    return folder
