@@ -10,7 +10,9 @@ import datetime
 import logging
 import math
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIX = ".pt"
 TEMP_PREFIX = ".tmp-"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(RuntimeError):
@@ -106,6 +109,64 @@ def _check_number_dict(values, what: str, path: Path) -> dict:
     return values
 
 
+def _read_payload(path: Path):
+    """Unpickle a checkpoint with weights_only=True; raise CheckpointError with a plain reason."""
+    # torch.save writes a zip archive. Checking for one first gives empty, truncated and foreign
+    # files a clear reason, and keeps torch's unpickler (and its warnings) away from them.
+    try:
+        size = path.stat().st_size
+        is_zip = zipfile.is_zipfile(path)
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise CheckpointError(path, f"cannot be read: {error.strerror or error}") from error
+    if size == 0:
+        raise CheckpointError(path, "cannot be read: the file is empty")
+    if not is_zip:
+        if magic == ZIP_MAGIC:
+            raise CheckpointError(path, f"cannot be read: the file is truncated or corrupted ({size} bytes)")
+        raise CheckpointError(path, "cannot be read: not a PyTorch checkpoint file")
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise CheckpointError(path, "cannot be read: it contains Python objects that could run code when "
+                                        "loaded, so it was not loaded") from error
+        raise CheckpointError(path, f"cannot be read: the file is corrupted ({_first_sentence(error)})") from error
+    except Exception as error:  # torch raises many types for damaged archives
+        raise CheckpointError(path, f"cannot be read: the file is corrupted ({_first_sentence(error)})") from error
+
+
+def _first_sentence(error: Exception) -> str:
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text.splitlines()[0].split('. ')[0][:160]}"
+
+
+def _describe_mismatch(expected: dict, stored: dict) -> str:
+    """Return which stored tensors are missing, unexpected or of another shape, or "" when all fit."""
+    missing = [name for name in expected if name not in stored]
+    unexpected = [name for name in stored if name not in expected]
+    reshaped = [name for name in expected
+                if name in stored and tuple(stored[name].shape) != tuple(expected[name].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors (first {unexpected[0]})")
+    if reshaped:
+        name = reshaped[0]
+        parts.append(f"{len(reshaped)} tensors of another shape (first {name}: stored "
+                     f"{list(stored[name].shape)}, expected {list(expected[name].shape)})")
+    return ", ".join(parts)
+
+
 def load_checkpoint(path: Path, expected: ModelConfig | None = None) -> TrainedModel:
     """Read and check one checkpoint; raise CheckpointError for anything unusable.
 
@@ -113,13 +174,7 @@ def load_checkpoint(path: Path, expected: ModelConfig | None = None) -> TrainedM
     configuration is rejected.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises many types for damaged or unsafe files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"cannot be read: {reason[:200]}") from error
+    payload = _read_payload(path)
 
     if not isinstance(payload, dict):
         raise CheckpointError(path, "not a checkpoint dict")
@@ -137,6 +192,9 @@ def load_checkpoint(path: Path, expected: ModelConfig | None = None) -> TrainedM
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(path, "state_dict is missing or not a dict of tensors")
     model = Autoencoder(config)
+    mismatch = _describe_mismatch(model.state_dict(), state_dict)
+    if mismatch:
+        raise CheckpointError(path, f"weights do not fit the architecture of {config.label}: {mismatch}")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:

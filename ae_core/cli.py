@@ -81,7 +81,8 @@ def _folder(text: str) -> Path:
 
 
 def _device(text: str) -> str:
-    if text not in ("auto", "cpu", "cuda", "mps") and not text.startswith("cuda:"):
+    index = text.removeprefix("cuda:") if text.startswith("cuda:") else None
+    if text not in ("auto", "cpu", "cuda", "mps") and not (index is not None and index.isdigit()):
         raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
     return text
 

@@ -1,7 +1,9 @@
 """Bodies of the CLI commands; each returns the process exit code."""
 
+import errno
 import json
 import logging
+import shlex
 import sys
 
 import torch
@@ -67,6 +69,25 @@ def _metrics_line(metrics: dict) -> str:
     return line + "  (PSNR: mean of per-image PSNR, data range 1)"
 
 
+def _train_command(args, config, retrain: bool = False) -> str:
+    """Return the `python -m ae_core train` command that (re)trains config where this command looks."""
+    parts = ["python -m ae_core train"]
+    if retrain:
+        parts.append("--retrain")
+    parts.append(config.cli_options())
+    for option, value in (("--data-dir", args.data_dir), ("--checkpoint-dir", args.checkpoint_dir)):
+        if value is not None:
+            parts.append(f"{option} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def _save_failure(error: OSError) -> str:
+    """Describe a checkpoint folder that cannot be written, with the fix that fits the errno."""
+    if error.errno == errno.ENOSPC:
+        return f"{error}; free some disk space or choose another --checkpoint-dir"
+    return f"{error}; fix the folder's permissions or choose another --checkpoint-dir"
+
+
 def run_train(args, config) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +106,7 @@ def run_train(args, config) -> int:
     except TrainingCancelled as error:
         return _fail(str(error))
     except OSError as error:
-        return _fail(f"{error}; free some disk space or choose another --checkpoint-dir")
+        return _fail(_save_failure(error))
     finally:
         progress.close()
     print(f"{how}: {store.path(config)}")
@@ -97,12 +118,12 @@ def run_evaluate(args, config) -> int:
     store = CheckpointStore(args.checkpoint_dir)
     path = store.path(config)
     if not path.exists():
-        return _fail(f"no checkpoint for {config.label} at {path}; train it with: "
-                     f"python -m ae_core train {config.cli_options()}")
+        return _fail(f"no checkpoint for {config.label} at {path}; train it with: {_train_command(args, config)}")
     try:
         trained = load_checkpoint(path, expected=config)
     except CheckpointError as error:
-        return _fail(f"{error}; retrain it with: python -m ae_core train --retrain {config.cli_options()}")
+        return _fail(f"checkpoint {error.path} is unusable ({error.reason}); retrain it with: "
+                     f"{_train_command(args, config, retrain=True)}")
     try:
         data = load_dataset(config.dataset, args.data_dir or default_data_dir())
     except DataError as error:

@@ -48,22 +48,34 @@ class CheckpointStore:
         return self.root / f"{config.stem}{SUFFIX}"
 
     def lock(self, config: ModelConfig, timeout: float = -1) -> filelock.FileLock:
-        """Return the lock of one configuration; timeout -1 waits for as long as it takes."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Return the lock of one configuration; timeout -1 waits for as long as it takes.
+
+        Raises OSError naming the folder when the checkpoint folder cannot be created.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot create checkpoint folder {self.root}: {error.strerror}") from error
         return filelock.FileLock(str(self.root / f"{config.stem}{LOCK_SUFFIX}"), timeout=timeout)
 
     def load(self, config: ModelConfig) -> TrainedModel | None:
         """Return the cached model, or None when the file is missing or unusable (logged once per call)."""
+        trained, damage = self._try_load(config)
+        if damage is not None:
+            logger.warning("%s", damage)
+        return trained
+
+    def _try_load(self, config: ModelConfig) -> tuple[TrainedModel | None, CheckpointError | None]:
+        """Return (model, None), (None, the reason the file is unusable) or (None, None) when it is missing."""
         path = self.path(config)
         if not path.exists():
-            return None
+            return None, None
         try:
-            return load_checkpoint(path, expected=config)
+            return load_checkpoint(path, expected=config), None
         except FileNotFoundError:
-            return None
+            return None, None
         except CheckpointError as error:
-            logger.warning("%s", error)
-            return None
+            return None, error
 
     def inspect(self, config: ModelConfig) -> CacheEntry:
         """Report whether a configuration is cached, missing or damaged, with its metrics."""
@@ -101,17 +113,23 @@ class CheckpointStore:
         With retrain=True an existing checkpoint is replaced by a fresh training run; it stays in
         place until the new one is completely written. A cancelled or failed run saves nothing.
         """
+        damage = None
         if not retrain:
-            trained = self.load(config)
+            trained, damage = self._try_load(config)
             if trained is not None:
                 return trained, "loaded"
+            if damage is not None:
+                logger.warning("%s", damage)
 
         with self.lock(config):
             if not retrain:
                 # another process may have finished while this one waited for the lock
-                trained = self.load(config)
+                trained, damage_now = self._try_load(config)
                 if trained is not None:
                     return trained, "reused"
+                # the same damaged file seen again is not logged twice
+                if damage_now is not None and (damage is None or str(damage_now) != str(damage)):
+                    logger.warning("%s", damage_now)
             self.remove_stale_temp_files(config)
 
             result = train_model(config, data_loader(), device=device, callback=callback, should_stop=should_stop)
