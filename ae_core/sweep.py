@@ -166,18 +166,41 @@ def summary_dict(result: SweepResult) -> dict:
     }
 
 
+def format_markdown(result: SweepResult) -> str:
+    """Render the full grid and the summary as Markdown tables."""
+    lines = ["| dataset | regularizer | depth | latent | test MSE | test PSNR (dB) |", "| --- | --- | --- | --- | --- | --- |"]
+    for (dataset, reg), row in sorted(result.best.items()):
+        lines.append(f"| {dataset} | {reg} | {row['depth']} | {row['latent_dim']} | {row['test_loss']:.5f} "
+                     f"| {row['test_psnr']:.2f} |")
+    if result.denoising:
+        lines += ["", "| dataset | denoiser | noise variance | noisy input PSNR (dB) | denoised PSNR (dB) |",
+                  "| --- | --- | --- | --- | --- |"]
+        for dataset, rows in sorted(result.denoising.items()):
+            for row in rows:
+                lines.append(f"| {dataset} | depth {row['depth']}, latent {row['latent_dim']}, {row['regularizer']} "
+                             f"| {row['noise_var']:g} | {row['noisy_psnr']:.2f} | {row['test_psnr']:.2f} |")
+    lines += ["", "| dataset | depth | latent | regularizer | noise variance | train MSE | test MSE | test PSNR (dB) "
+                  "| seconds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result.rows:
+        lines.append(f"| {row['dataset']} | {row['depth']} | {row['latent_dim']} | {row['regularizer']} "
+                     f"| {row['noise_var']:g} | {row['train_loss']:.5f} | {row['test_loss']:.5f} "
+                     f"| {row['test_psnr']:.2f} | {row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(result: SweepResult, out_dir) -> list[Path]:
-    """Write grid.csv, grid.json and summary.json under out_dir; return their paths."""
+    """Write grid.csv, grid.json, summary.json and summary.md under out_dir; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid_csv, grid_json, summary_json = out_dir / "grid.csv", out_dir / "grid.json", out_dir / "summary.json"
+    (out_dir / "summary.md").write_text(format_markdown(result))
     with open(grid_csv, "w", newline="") as handle:
         writer = csv.DictWriter(handle, GRID_COLUMNS)
         writer.writeheader()
         writer.writerows(result.rows)
     grid_json.write_text(json.dumps(result.rows, indent=1) + "\n")
     summary_json.write_text(json.dumps(summary_dict(result), indent=1) + "\n")
-    return [grid_csv, grid_json, summary_json]
+    return [grid_csv, grid_json, summary_json, out_dir / "summary.md"]
 
 
 def format_summary(result: SweepResult) -> str:

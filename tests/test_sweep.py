@@ -36,6 +36,7 @@ def test_tiny_sweep_trains_caches_and_summarises(tmp_path, data_dir):
     assert len(summary["best_per_dataset_and_regularizer"]) == 2
     assert summary["denoising"][0]["noise_var"] == 0.5
     assert "Denoising" in format_summary(result)
+    assert "| mnist | lasso | 3 | 15 |" in paths[3].read_text()
 
     again = run_sweep(plan, tmp_path / "ckpt", data_dir, workers=1, threads=1)
     assert all(r["source"] == "loaded" for r in again.rows)
