@@ -22,3 +22,16 @@ def data_dir() -> Path:
         except DataError as error:
             pytest.fail(f"cannot prepare {name} in {folder}: {error}", pytrace=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, data_dir) -> Path:
+    """Checkpoint folder with three tiny mnist models (depth 3, latent 15, 1 epoch on the first
+    12,000 training images): Lasso, its Dropout twin and the Lasso denoiser at variance 0.25.
+    Tests that change files copy the folder first.
+    """
+    from helpers import train_tiny_models
+
+    folder = tmp_path_factory.mktemp("tiny-checkpoints")
+    train_tiny_models(folder, data_dir)
+    return folder
