@@ -34,7 +34,9 @@ logger = logging.getLogger("autoencoder_lab")
 REGULARIZER_NAMES = {"lasso": "Lasso", "dropout": "Dropout", "none": "none"}
 STRENGTH_NAMES = {"lasso": "lambda", "dropout": "p"}
 # Shown size of each 28 x 28 test image in CSS pixels. The browser enlarges it without smoothing
-# (PIXELATED_CSS), which is much cheaper per rerun than encoding enlarged copies.
+# (PIXELATED_CSS). The images go to st.image as PNG data: URLs, which Streamlit passes through
+# unchanged; its own numpy path (range check, PIL conversion, media file) cost several times more
+# per rerun.
 IMAGE_WIDTH = 84
 PIXELATED_CSS = "<style>[data-testid='stImage'] img { image-rendering: pixelated; }</style>"
 LIVE_REFRESH_S = 1.0
@@ -282,8 +284,8 @@ def job_card_ui(manager: JobManager, view: JobView) -> None:
         st.markdown(f"**{view.title}** · job {view.id}, {state_text}")
         st.progress(view.fraction, text=view.detail)
         if view.running and (view.step_points or view.history) and view.current is not None:
-            figure = figures.loss_curve_figure(view.history, f"Live loss: {view.current.label}", view.step_points,
-                                               height=LIVE_CHART_HEIGHT)
+            figure = figures.loss_curve_figure({view.current.label: view.history}, f"Live loss: {view.current.label}",
+                                               view.step_points, height=LIVE_CHART_HEIGHT)
             st.plotly_chart(figure, key=f"live_chart_{view.id}")
         for error in view.errors:
             st.error(f"Training failed: {error}")
@@ -293,7 +295,8 @@ def job_card_ui(manager: JobManager, view: JobView) -> None:
                        f"trained, {len(view.results) - trained} already cached. The page now uses the new "
                        "checkpoints.")
         if view.state == "cancelled":
-            st.warning("Cancelled. The interrupted model was not saved; models finished earlier in this job are kept.")
+            kept = f" The {len(view.results)} model(s) finished earlier in this job are kept." if view.results else ""
+            st.warning(f"Cancelled. The interrupted model was not saved.{kept}")
         if view.running:
             if st.button("Cancel", key=f"cancel_{view.id}", icon=":material/stop_circle:"):
                 manager.cancel(view.id)
@@ -430,8 +433,8 @@ def image_rows_ui(images: explore.ShownImages, data: DatasetSplits, choice: Mode
     names = CLASS_NAMES[data.name]
     labels = data.test_y[images.indices].tolist()
     st.markdown("**Original test images**")
-    st.image(explore.to_display(images.x), caption=[f"#{i} · {names[y]}" for i, y in zip(images.indices, labels)],
-             width=IMAGE_WIDTH, output_format="PNG")
+    captions = [f"#{index} · {names[label]}" for index, label in zip(images.indices, labels)]
+    st.image(explore.png_data_urls(images.x), caption=captions, width=IMAGE_WIDTH)
 
     if noise_var == 0:
         st.markdown("**Noisy input**: variance 0, no noise added (identical to the originals)")
@@ -439,7 +442,7 @@ def image_rows_ui(images: explore.ShownImages, data: DatasetSplits, choice: Mode
     else:
         st.markdown(f"**Noisy input**: variance {noise_var:g} (σ = {math.sqrt(noise_var):.3f}), PSNR per image")
         noisy_captions = [explore.psnr_caption(value) for value in images.noisy_psnr]
-    st.image(explore.to_display(images.x_noisy), caption=noisy_captions, width=IMAGE_WIDTH, output_format="PNG")
+    st.image(explore.png_data_urls(images.x_noisy), caption=noisy_captions, width=IMAGE_WIDTH)
 
     if images.x_hat is None:
         st.markdown("**Reconstruction**: no trained model yet")
@@ -452,8 +455,8 @@ def image_rows_ui(images: explore.ShownImages, data: DatasetSplits, choice: Mode
     else:
         title = "**Reconstruction** by the plain autoencoder, PSNR per image"
     st.markdown(title)
-    st.image(explore.to_display(images.x_hat), caption=[explore.psnr_caption(v) for v in images.psnr],
-             width=IMAGE_WIDTH, output_format="PNG")
+    st.image(explore.png_data_urls(images.x_hat), caption=[explore.psnr_caption(v) for v in images.psnr],
+             width=IMAGE_WIDTH)
 
 
 def metrics_ui(images: explore.ShownImages, scores: dict, choice: ModelChoice, noise_var: float) -> None:
@@ -506,17 +509,30 @@ def model_view_ui(store: CheckpointStore, selection: Selection, manager: JobMana
 
 
 def loss_tab_ui(choice: ModelChoice) -> None:
-    """Draw the loss curves of the selected model and of the denoiser in use."""
+    """Draw the loss curves of the selected model and of the denoiser in use, in one chart."""
     entries = [choice.plain] + ([choice.denoiser] if choice.denoiser is not None else [])
+    cached = [entry for entry in entries if entry.status == "cached"]
     for entry in entries:
         if entry.status != "cached":
             st.info(f"No loss curve for {describe(entry.config)}: it is {entry.status}.")
-            continue
-        st.plotly_chart(figures.loss_curve_figure(entry.history, f"Loss per epoch: {entry.config.label}"),
-                        key=f"loss_chart_{entry.config.stem}")
+    if not cached:
+        return
+
+    # one chart for both models: every extra chart costs several milliseconds per rerun
+    names = {entry.config: "plain" if not entry.config.is_denoiser else f"denoiser {entry.config.noise_var:g}"
+             for entry in cached}
+    title = f"Loss per epoch: {cached[0].config.label}"
+    if len(cached) > 1:
+        title += f" (solid), denoiser at variance {cached[1].config.noise_var:g} (dashed)"
+    elif cached[0].config.is_denoiser:
+        title = f"Loss per epoch: denoiser {cached[0].config.label}"
+    histories = {names[entry.config]: entry.history for entry in cached}
+    st.plotly_chart(figures.loss_curve_figure(histories, title), key="loss_chart")
+    for entry in cached:
         seconds = entry.metrics.get("seconds") or 0.0
-        st.caption(f"Checkpoint written {entry.created or 'at an unknown time'}, trained in {seconds:.0f} s. "
-                   "Loss is the mean squared error per pixel against the clean images.")
+        st.caption(f"{names[entry.config].capitalize()} model: checkpoint written "
+                   f"{entry.created or 'at an unknown time'}, trained in {seconds:.0f} s.")
+    st.caption("Loss is the mean squared error per pixel against the clean images.")
 
 
 def regularizer_tab_ui(store: CheckpointStore, config: ModelConfig, training: set) -> None:

@@ -5,6 +5,8 @@ PSNR is the mean of per-image PSNR values.
 """
 
 import atexit
+import base64
+import io
 import logging
 import math
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import DATASETS, DEPTHS, LATENT_GRID, NOISE_VARS, ModelConfig, grid_configs
 from .metrics import PSNR_CAP_DB, apply_fixed_noise, psnr_per_image
@@ -186,10 +189,19 @@ def reconstruct_shown(model: torch.nn.Module | None, test_x: torch.Tensor, stand
     return ShownImages(np.asarray(indices), x.numpy(), x_noisy.numpy(), x_hat, noisy_psnr, psnr)
 
 
-def to_display(images: np.ndarray) -> list[np.ndarray]:
-    """Turn (n, 784) floats in [0, 1] into n 28 x 28 uint8 images."""
-    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-    return list(pixels.reshape(-1, 28, 28))
+def png_data_urls(images: np.ndarray) -> list[str]:
+    """Encode (n, 784) floats in [0, 1] as n grayscale 28 x 28 PNG images in data: URLs.
+
+    A data: URL carries the pixels itself, so equal URLs mean equal images, and the page can
+    show it without storing a file.
+    """
+    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    urls = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        urls.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return urls
 
 
 def psnr_caption(value: float) -> str:

@@ -26,27 +26,39 @@ def _line(x: Sequence, y: Sequence, name: str, **style) -> dict:
     return dict(type="scatter", x=list(x), y=list(y), mode="lines+markers", name=name, **style)
 
 
-def loss_curve_figure(history: Sequence[Mapping], title: str, step_points: Sequence[tuple] = (),
-                      height: int = 360) -> go.Figure:
-    """Plot training and test loss per epoch, and optionally the running loss inside each epoch.
+# Line colours of train and test loss; a second model's lines are dashed.
+TRAIN_COLOR = "#1f77b4"
+TEST_COLOR = "#ff7f0e"
 
-    step_points are (epoch as a float, running mean training loss of that epoch so far), as a
-    training job reports them. They let a live chart move before the first epoch ends.
+
+def loss_curve_figure(histories: Mapping[str, Sequence[Mapping]], title: str, step_points: Sequence[tuple] = (),
+                      height: int = 360) -> go.Figure:
+    """Plot training and test loss per epoch of one or more models, and optionally the running loss.
+
+    histories maps a model's name to its per-epoch records. With one model the lines are named
+    "train loss" and "test loss", with more they get the model's name in front. step_points are
+    (epoch as a float, running mean training loss of that epoch so far), as a training job
+    reports them. They let a live chart move before the first epoch ends.
     """
     traces = []
     if step_points:
         traces.append(dict(type="scatter", x=[p[0] for p in step_points], y=[p[1] for p in step_points],
                            mode="lines", name="training loss, running mean of the epoch",
                            line=dict(color="#9ecae1", width=1)))
-    epochs = [record["epoch"] for record in history]
-    traces.append(_line(epochs, [record["train_loss"] for record in history], "train loss",
-                        line=dict(color="#1f77b4")))
-    traces.append(_line(epochs, [record["test_loss"] for record in history], "test loss",
-                        line=dict(color="#ff7f0e")))
+    longest = 0
+    for index, (name, history) in enumerate(histories.items()):
+        prefix = f"{name}: " if len(histories) > 1 else ""
+        dash = "dash" if index else "solid"
+        epochs = [record["epoch"] for record in history]
+        longest = max(longest, len(epochs))
+        traces.append(_line(epochs, [record["train_loss"] for record in history], f"{prefix}train loss",
+                            line=dict(color=TRAIN_COLOR, dash=dash)))
+        traces.append(_line(epochs, [record["test_loss"] for record in history], f"{prefix}test loss",
+                            line=dict(color=TEST_COLOR, dash=dash)))
     layout = _layout(title, "epoch", "MSE per pixel", height=height)
     if step_points:
         layout["xaxis"]["rangemode"] = "tozero"
-    elif len(epochs) <= 20:
+    elif longest <= 20:
         layout["xaxis"]["dtick"] = 1
     return go.Figure(dict(data=traces, layout=layout))
 

@@ -83,7 +83,7 @@ class Job:
 
 
 class JobManager:
-    """Starts, tracks and cancels training jobs of one checkpoint folder."""
+    """Registry of the training jobs of one checkpoint folder: starts, tracks and cancels them."""
 
     def __init__(self, store: CheckpointStore, device: str = "cpu"):
         self.store = store
@@ -133,7 +133,7 @@ class JobManager:
             thread = threading.Thread(target=self._run, args=(job, body), name=f"train-job-{job.id}", daemon=True)
             self._threads[job.id] = thread
             self._forget_old_jobs()
-        logger.info("job %d started: %s (%d configurations)", job.id, title, len(configs))
+        logger.info("job %d started: %s", job.id, title)
         thread.start()
         return job.view()
 
@@ -201,7 +201,7 @@ class JobManager:
         try:
             body(job)
         except TrainingCancelled:
-            self._finish(job, "cancelled", "cancelled; nothing was saved for the interrupted model")
+            self._finish(job, "cancelled", "cancelled")
             return
         except Exception as error:  # noqa: BLE001 - the page shows it; the thread must not die silently
             logger.exception("job %d failed", job.id)

@@ -107,7 +107,7 @@ def test_variance_zero_adds_no_noise(monkeypatch, tiny_checkpoints, data_dir):
     originals, noisy = image_rows(at)[:2]
 
     assert at.slider(key="noise_var").value == 0.0
-    assert noisy.value == originals.value, "media URLs are content hashes, so equal URLs mean equal pixels"
+    assert noisy.value == originals.value, "data: URLs carry the pixels, so equal URLs mean equal images"
     assert set(noisy.captions) == {"no noise"}
     assert not any("Noisy input" in label for label in metric_values(at))
 
@@ -225,7 +225,7 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
     path = CheckpointStore(folder).path(TINY_LASSO)
     old_stamp = path.stat().st_mtime_ns
     at = open_app(monkeypatch, folder, data_dir)
-    old_caption = next(c.value for c in at.caption if c.value.startswith("Checkpoint written"))
+    old_caption = next(c.value for c in at.caption if c.value.startswith("Plain model: checkpoint written"))
 
     at.button(key="retrain").click().run()
     started_with_progress = len(at.get("progress")) == 1
@@ -238,7 +238,7 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
         at.run()
         polls += 1
     at.slider(key="noise_var").set_value(0.0).run()
-    new_caption = next(c.value for c in at.caption if c.value.startswith("Checkpoint written"))
+    new_caption = next(c.value for c in at.caption if c.value.startswith("Plain model: checkpoint written"))
 
     assert not at.exception
     assert started_with_progress, "a running job shows a progress bar"
