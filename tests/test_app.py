@@ -126,6 +126,7 @@ def test_noise_slider_uses_nearest_denoiser(monkeypatch, tiny_checkpoints, data_
     assert "Denoised · shown images" in at_030
     assert "denoiser trained at variance 0.25 (the nearest to 0.3)" in texts(at)
     assert image_rows(at)[1].captions != noisy_captions_025
+    assert image_rows(at)[1].value != image_rows(at)[0].value, "the noisy row shows the originals"
     assert "Standard deviation σ = 0.548" in texts(at)
 
 
