@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from ae_core import cli
-from ae_core.checkpoint import TEMP_PREFIX, TrainedModel, load_checkpoint, save_checkpoint
+from ae_core.checkpoint import TEMP_PREFIX, TrainedModel, load_checkpoint
 from ae_core.config import FORMAT_VERSION, ModelConfig
 from ae_core.data import IDX_FILES, DatasetSplits, raw_dir
 from ae_core.model import Autoencoder
@@ -92,8 +92,8 @@ def _temp_files(folder: Path) -> list[str]:
 def reference_metrics(tmp_path_factory) -> dict:
     """Metrics of TINY trained alone on _random_data(), the result every recovered run must match."""
     store = CheckpointStore(tmp_path_factory.mktemp("reference"))
-    trained, how = store.get_or_train(TINY, _random_data)
-    assert how == "trained"
+    trained, obtained = store.get_or_train(TINY, _random_data)
+    assert obtained == "trained"
     return trained.metrics
 
 
@@ -243,9 +243,9 @@ def test_store_logs_damaged_file_once(tmp_path, caplog):
     _write_damaged(store.path(TINY), "random")
 
     with caplog.at_level(logging.WARNING, logger="ae_core"):
-        _, how = store.get_or_train(TINY, _random_data)
+        _, obtained = store.get_or_train(TINY, _random_data)
 
-    assert how == "trained"
+    assert obtained == "trained"
     reports = [record for record in caplog.records if "is unusable" in record.getMessage()]
     assert len(reports) == 1
     assert str(store.path(TINY)) in reports[0].getMessage()
@@ -331,8 +331,8 @@ def test_killed_training_leaves_nothing_and_retrains(tmp_path, kill_point, refer
     FIGURES[f"lock_recovery_after_kill_in_{kill_point}_s"] = round(lock_seconds, 4)
     assert lock_seconds < LOCK_RECOVERY_LIMIT_S
 
-    trained, how = store.get_or_train(TINY, _random_data)
-    assert how == "trained"
+    trained, obtained = store.get_or_train(TINY, _random_data)
+    assert obtained == "trained"
     assert trained.metrics["test_loss"] == reference_metrics["test_loss"]
     assert _temp_files(root) == []
     assert load_checkpoint(store.path(TINY), expected=TINY).metrics["test_loss"] == reference_metrics["test_loss"]
@@ -352,8 +352,8 @@ def test_kill_before_rename_keeps_previous_checkpoint(tmp_path, reference_metric
     FIGURES["lock_recovery_after_kill_in_rename_s"] = round(lock_seconds, 4)
     assert lock_seconds < LOCK_RECOVERY_LIMIT_S
 
-    trained, how = store.get_or_train(TINY, _random_data, retrain=True)
-    assert how == "trained"
+    trained, obtained = store.get_or_train(TINY, _random_data, retrain=True)
+    assert obtained == "trained"
     assert trained.metrics["test_loss"] == reference_metrics["test_loss"]
     assert _temp_files(root) == []
 
