@@ -8,6 +8,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,26 +29,62 @@ def _lscpu() -> dict:
     return fields
 
 
-def other_processes_cpu(interval_s: float = 1.0) -> float:
-    """Measure the CPU time of every other process over interval_s, in cores (1.0 = one busy core)."""
-    own = os.getpid()
-    processes = []
+def _cpu_seconds_of_others() -> dict:
+    """Return pid -> user + system CPU seconds of every process that is not this one or its child."""
+    own = psutil.Process()
+    excluded = {own.pid} | {child.pid for child in own.children(recursive=True)}
+    seconds = {}
     for process in psutil.process_iter():
-        if process.pid == own:
+        if process.pid in excluded:
             continue
         try:
-            processes.append((process, process.cpu_times()))
+            times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def other_processes_cpu(interval_s: float = 1.0) -> float:
+    """Measure the CPU use of processes outside this benchmark over interval_s, in cores (1.0 = one busy core).
+
+    A process that starts or ends inside the interval is not counted.
+    """
+    before = _cpu_seconds_of_others()
     time.sleep(interval_s)
-    busy = 0.0
-    for process, before in processes:
-        try:
-            after = process.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        busy += (after.user - before.user) + (after.system - before.system)
+    after = _cpu_seconds_of_others()
+    busy = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
     return busy / interval_s
+
+
+class LoadMonitor:
+    """A background thread that samples other_processes_cpu() for as long as the run lasts.
+
+    Other programs on the machine slow every figure down, so each part of the run reports the
+    mean load that it ran under.
+    """
+
+    def __init__(self, interval_s: float = 5.0):
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []  # (end of the interval on perf_counter, cores)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="load-monitor", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), other_processes_cpu(self.interval_s)))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean_between(self, start: float, end: float) -> float | None:
+        """Return the mean load of the samples that ended between start and end, or None without one."""
+        inside = [cores for stamp, cores in self.samples if start <= stamp <= end]
+        return sum(inside) / len(inside) if inside else None
 
 
 def describe_machine() -> dict:

@@ -1,8 +1,12 @@
 """The dashboard: rerun latency after a slider change, start-up time and resident memory.
 
-Three measurements, each in its own process where the figure needs one:
-- rerun latency: AppTest runs streamlit_app.py in this process. The noise-variance slider
-  (key "noise_var") alternates between two trained variances, and each `at.run()` is timed.
+Four measurements, each in its own process where the figure needs one:
+- rerun latency on a real server: `python -m streamlit run` on a free port of 127.0.0.1, and one
+  session (benchmarks.session_client, Streamlit's own websocket protocol) moves the noise slider
+  between two variances. Each figure runs from sending the new slider value to the server's
+  "script finished" message, so it bounds the server's time from above.
+- rerun latency in process: AppTest runs streamlit_app.py in this process, the same slider moves,
+  and each `at.run()` is timed; AppTest adds its own work on top of the script.
 - start-up: `python -m streamlit run` on a free port of 127.0.0.1, and headless Chromium driven by
   Playwright polls the page until the reconstruction images are loaded.
 - memory: a fresh process (benchmarks.app_memory) walks every plain configuration with AppTest,
@@ -27,6 +31,7 @@ APP = Path("streamlit_app.py")
 RERUN_VARS = (0.25, 0.5)
 # The page shows this many test images by default, in three rows: originals, noisy inputs, reconstructions.
 DEFAULT_SHOWN = 8
+NOISE_LABEL = "Noise variance σ²"
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for Debian's Chromium in a container without a GPU or network. Playwright's own browser
@@ -95,6 +100,54 @@ def measure_rerun(data_dir: Path, checkpoint_dir: Path, count: int) -> dict:
         images = len(at.image)
     return {"count": count, "values": RERUN_VARS, "median_s": statistics.median(samples), "min_s": min(samples),
             "max_s": max(samples), "samples_s": samples, "image_rows": images, "idle_wait_s": idle_wait_s}
+
+
+def measure_server_rerun(data_dir: Path, checkpoint_dir: Path, count: int) -> dict:
+    """Time `count` slider moves of one session on a real server, after every slider value's scores are cached."""
+    import asyncio
+
+    from .session_client import SessionClient
+
+    async def run_session(url: str, server: psutil.Process) -> tuple[float, list[float]]:
+        session = SessionClient(url)
+        try:
+            opened_s = await session.open(START_TIMEOUT_S)
+            for noise_var in RERUN_VARS:  # warm-up: load the models and score both values
+                await session.set_slider(NOISE_LABEL, noise_var, START_TIMEOUT_S)
+            await asyncio.to_thread(wait_until_idle, server)  # the background thread scores every slider value
+            samples = [await session.set_slider(NOISE_LABEL, RERUN_VARS[i % 2], START_TIMEOUT_S) for i in range(count)]
+            if session.exceptions:
+                raise RuntimeError(f"the page raised: {session.exceptions[0]}")
+        finally:
+            await session.close()
+        return opened_s, samples
+
+    server, url, _ = _start_server(app_environment(data_dir, checkpoint_dir))
+    try:
+        _wait_for_health(url, server)
+        opened_s, samples = asyncio.run(run_session(url, psutil.Process(server.pid)))
+    except Exception as error:
+        tail = _stop_server(server)
+        raise RuntimeError(f"{error}. The server log ends with:\n{tail}") from error
+    _stop_server(server)
+    return {"count": count, "values": RERUN_VARS, "median_s": statistics.median(samples), "min_s": min(samples),
+            "max_s": max(samples), "samples_s": samples, "first_run_s": opened_s}
+
+
+def _wait_for_health(url: str, server: subprocess.Popen) -> None:
+    import urllib.request
+
+    deadline = time.perf_counter() + START_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(POLL_S)
+    raise TimeoutError(f"{url} did not answer within {START_TIMEOUT_S:.0f} s")
 
 
 def free_port() -> int:
@@ -190,6 +243,7 @@ def measure(data_dir: Path, checkpoint_dir: Path, quick: bool) -> dict:
     if not APP.exists():
         result["notes"].append(f"{APP} not found: run the benchmark from the repository root")
         return result
+    result["server_rerun"] = measure_server_rerun(data_dir, checkpoint_dir, count=10 if quick else 40)
     result["rerun"] = measure_rerun(data_dir, checkpoint_dir, count=6 if quick else 30)
     if result["rerun"]["image_rows"] < 3:
         result["notes"].append(f"the reruns showed {result['rerun']['image_rows']} image rows, not 3: no cached "

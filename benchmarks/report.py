@@ -61,19 +61,28 @@ def sweep(result: dict) -> None:
           f"({default['workers']} x {default['threads']})")
     bound = result["lower_bound"]
     print(f"lower bound: {bound['total_flops'] / 1e12:.2f} TFLOP at the best GEMM rate = {bound['seconds']:.0f} s")
-    actual = result.get("actual")
-    if actual:
-        print(f"actual sweep: {actual['seconds']:.0f} s ({actual['path']}, written {actual['written_at']})")
-        ratio = actual.get("model_seconds_over_extrapolated")
-        if ratio:
-            print(f"    its per-model seconds over the extrapolated ones (default layout): median "
-                  f"{ratio['median']:.2f}, {ratio['min']:.2f} to {ratio['max']:.2f} over {ratio['models']} models")
+    actual = result["actual"]
+    if "summary_seconds" in actual:
+        print(f"actual sweep: summary.json says {actual['summary_seconds']:.0f} s, with "
+              f"{actual.get('summary_trained', '?')} of {actual.get('summary_models', '?')} models trained in that run")
     else:
         print("actual sweep: no summary.json found")
+    if "checkpoint_span_seconds" in actual:
+        print(f"    training span from the checkpoints' creation times and training seconds: "
+              f"{actual['checkpoint_span_seconds']:.0f} s, from {actual['checkpoint_span_start']}")
+    ratio = actual.get("model_seconds_over_extrapolated")
+    if ratio:
+        print(f"    checkpoint training seconds over the extrapolated ones (default layout): median "
+              f"{ratio['median']:.2f}, {ratio['min']:.2f} to {ratio['max']:.2f} over {ratio['models']} models")
 
 
 def page(result: dict) -> None:
     _header("page")
+    server_rerun = result.get("server_rerun")
+    if server_rerun:
+        print(f"rerun after a noise-slider change: median {server_rerun['median_s'] * 1e3:.1f} ms over "
+              f"{server_rerun['count']} reruns (min {server_rerun['min_s'] * 1e3:.1f}, max "
+              f"{server_rerun['max_s'] * 1e3:.1f}), real server, slider value sent to script finished")
     rerun = result.get("rerun")
     if rerun:
         print(f"rerun after a noise-slider change: median {rerun['median_s'] * 1e3:.1f} ms over {rerun['count']} "
@@ -99,6 +108,8 @@ def targets(checks: dict) -> None:
 
 
 def footer(results: dict) -> None:
-    env = results["environment"]
-    print(f"\nother processes used {env['other_processes_cores_at_end']:.2f} cores at the end; "
-          f"run took {results['seconds']:.0f} s")
+    loads = ", ".join(f"{part} {cores:.2f}" if cores is not None else f"{part} not sampled"
+                      for part, cores in results["load"].items())
+    print(f"\nmean CPU use of other processes, in cores: {loads or 'not sampled'}")
+    parts = ", ".join(f"{part} {seconds:.0f} s" for part, seconds in results["part_seconds"].items())
+    print(f"run took {results['seconds']:.0f} s ({parts})")

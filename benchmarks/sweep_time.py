@@ -8,6 +8,7 @@ the layout under test, so the two single-threaded workers compete for the machin
 in the sweep. The extrapolation replays the sweep's task order on those measured times.
 """
 
+import datetime
 import json
 import multiprocessing
 import os
@@ -20,10 +21,12 @@ import torch
 
 from ae_core.config import DATASETS, ModelConfig, grid_configs
 from ae_core.data import TEST_SIZE, TRAIN_SIZE, load_dataset
+from ae_core.store import CheckpointStore
 from ae_core.sweep import SweepPlan, default_workers
 from ae_core.train import train_model
 
 from .flops import forward_flops, training_flops, training_gemms
+from .machine import torch_threads
 
 # Noise variance of the measured denoiser epoch. Drawing the noise costs the same at any variance.
 MEASURED_NOISE_VAR = 0.5
@@ -106,13 +109,23 @@ def measured_architectures(phase1: list, phase2: list) -> list[ModelConfig]:
 
 def run_layout(configs: list, data_dir: Path, workers: int, threads: int, train_images: int,
                test_images: int) -> dict:
-    """Train one epoch of each config in a spawned pool of `workers` processes x `threads` threads."""
-    context = multiprocessing.get_context("spawn")
+    """Train one epoch of each config with `workers` processes x `threads` threads, as the sweep would.
+
+    Like the sweep, a single worker trains in this process and several workers form a spawned pool.
+    """
     created_at = time.time()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_time_one_epoch, config, str(data_dir), train_images, test_images)
-                   for config in configs]
-        models = [future.result() for future in futures]
+    if workers == 1:
+        _worker_data.clear()  # the in-process layout loads its data as the sweep's own process does
+        with torch_threads(threads):
+            models = [_time_one_epoch(config, str(data_dir), train_images, test_images) for config in configs]
+        _worker_data.clear()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(_time_one_epoch, config, str(data_dir), train_images, test_images)
+                       for config in configs]
+            models = [future.result() for future in futures]
     wall_s = time.time() - created_at
 
     first_start = {}
@@ -122,7 +135,7 @@ def run_layout(configs: list, data_dir: Path, workers: int, threads: int, train_
         "workers": workers,
         "threads": threads,
         "wall_seconds": wall_s,
-        "startup_seconds": max(first_start.values()) - created_at,  # spawn and import of the slowest worker
+        "startup_seconds": max(first_start.values()) - created_at,  # pool start: spawn and imports
         "load_seconds": max(model["load_seconds"] for model in models),
         "models": models,
     }
@@ -194,37 +207,49 @@ def flops_lower_bound(phase1: list, phase2: list, gemm_timer, cores: int) -> dic
             "gflops_by_architecture": {f"d{d} z{z}": rate for (d, z), rate in sorted(rates.items())}}
 
 
-def actual_sweep(results_dir: Path, plan: SweepPlan, extrapolated_model_seconds: dict) -> dict | None:
-    """Read a finished sweep's wall time, and compare its per-model seconds with the extrapolated ones."""
-    summary_path = results_dir / "summary.json"
-    if not summary_path.exists():
-        return None
-    summary = json.loads(summary_path.read_text())
-    actual = {"seconds": summary.get("seconds"), "path": str(summary_path),
-              "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(summary_path.stat().st_mtime))}
-    grid_path = results_dir / "grid.json"
-    if not grid_path.exists():
-        return actual
+def actual_sweep(results_dir: Path, checkpoint_dir: Path, configs: list, extrapolated_model_seconds: dict) -> dict:
+    """Read what a real `python -m ae_core sweep` left behind: its summary and its checkpoints.
 
-    rows = json.loads(grid_path.read_text())
-    actual["models"] = len(rows)
-    actual["trained"] = sum(1 for row in rows if row.get("source") == "trained")
-    ratios = []
-    for row in rows:
-        if row.get("source") != "trained" or row.get("epochs") != plan.epochs:
+    summary.json holds the wall time of the last sweep, which is only a training time when that
+    sweep trained every model (a second sweep loads them all in seconds). Each checkpoint stores
+    its training seconds and its creation time, so the span from the first model's start to the
+    last model's end gives the training run's wall time even after such a reload.
+    """
+    actual = {}
+    summary_path = results_dir / "summary.json"
+    grid_path = results_dir / "grid.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        actual["summary_seconds"] = summary.get("seconds")
+        actual["summary_path"] = str(summary_path)
+    if grid_path.exists():
+        rows = json.loads(grid_path.read_text())
+        actual["summary_trained"] = sum(1 for row in rows if row.get("source") == "trained")
+        actual["summary_models"] = len(rows)
+
+    store = CheckpointStore(checkpoint_dir)
+    starts, ends, ratios = [], [], []
+    for config in configs:
+        trained = store.load(config)
+        if trained is None or not trained.created or not trained.metrics.get("seconds"):
             continue
-        config = ModelConfig.make(dataset=row["dataset"], depth=row["depth"], latent_dim=row["latent_dim"],
-                                  regularizer=row["regularizer"], noise_var=row["noise_var"], epochs=plan.epochs,
-                                  seed=plan.seed)
-        if config.stem in extrapolated_model_seconds and row.get("seconds"):
-            ratios.append(row["seconds"] / extrapolated_model_seconds[config.stem])
+        seconds = trained.metrics["seconds"]
+        end = datetime.datetime.fromisoformat(trained.created).timestamp()
+        starts.append(end - seconds)
+        ends.append(end)
+        ratios.append(seconds / extrapolated_model_seconds[config.stem])
+    actual["checkpoints_found"] = len(ends)
+    if len(ends) == len(configs):
+        actual["checkpoint_span_seconds"] = max(ends) - min(starts)
+        actual["checkpoint_span_start"] = datetime.datetime.fromtimestamp(min(starts), datetime.timezone.utc) \
+            .isoformat(timespec="seconds")
     if ratios:
         actual["model_seconds_over_extrapolated"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                      "max": max(ratios), "models": len(ratios)}
     return actual
 
 
-def measure(data_dir: Path, results_dir: Path, gemm_timer, cores: int, quick: bool) -> dict:
+def measure(data_dir: Path, results_dir: Path, checkpoint_dir: Path, gemm_timer, cores: int, quick: bool) -> dict:
     """Measure both worker layouts and extrapolate the sweep. Quick mode trains on small subsets."""
     plan = SweepPlan()
     bases, bases_source = denoiser_bases_from(results_dir / "summary.json", plan)
@@ -256,5 +281,5 @@ def measure(data_dir: Path, results_dir: Path, gemm_timer, cores: int, quick: bo
         "extrapolated": estimates,
         "fastest_layout": {"workers": fastest["workers"], "threads": fastest["threads"]},
         "lower_bound": flops_lower_bound(phase1, phase2, gemm_timer, cores),
-        "actual": actual_sweep(results_dir, plan, estimates[0]["model_seconds"]),
+        "actual": actual_sweep(results_dir, checkpoint_dir, phase1 + phase2, estimates[0]["model_seconds"]),
     }
