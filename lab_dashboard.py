@@ -1,8 +1,10 @@
-"""Autoencoder lab: reconstruct and denoise MNIST and Fashion-MNIST test images, train in the background.
+"""The dashboard's page code, imported once per process by streamlit_app.py.
 
-Start with `streamlit run streamlit_app.py`. The data folder comes from $AE_DATA_DIR (default
-./data) and the checkpoint folder from $AE_CHECKPOINT_DIR (default ./checkpoints). The page has
-no input for a path. PSNR values use data range 1, and a mean PSNR is the mean of per-image PSNR.
+Streamlit executes the app script again on every rerun; code in an imported module runs once. So
+the cached loaders, the dataclasses and the drawing functions live here, and a rerun only calls
+main(). The data folder comes from $AE_DATA_DIR (default ./data) and the checkpoint folder from
+$AE_CHECKPOINT_DIR (default ./checkpoints). The page has no input for a path. PSNR values use data
+range 1, and a mean PSNR is the mean of per-image PSNR.
 """
 
 import logging
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 
@@ -27,8 +30,6 @@ from ae_core.model import Autoencoder
 from ae_core.store import CheckpointStore
 from ae_core.train import pick_device
 
-st.set_page_config(page_title="Autoencoder lab", page_icon=":material/blur_on:", layout="wide")
-
 logger = logging.getLogger("autoencoder_lab")
 
 REGULARIZER_NAMES = {"lasso": "Lasso", "dropout": "Dropout", "none": "none"}
@@ -40,6 +41,7 @@ STRENGTH_NAMES = {"lasso": "lambda", "dropout": "p"}
 IMAGE_WIDTH = 84
 PIXELATED_CSS = "<style>[data-testid='stImage'] img { image-rendering: pixelated; }</style>"
 LIVE_REFRESH_S = 1.0
+WATCH_REFRESH_S = 3.0
 LIVE_CHART_HEIGHT = 280
 # The selection lives in the URL's query parameters, so a view can be bookmarked or shared.
 # Streamlit ignores a parameter value that is not among the widget's options.
@@ -74,7 +76,8 @@ class ModelChoice:
 def init_session_state() -> None:
     """Create this session's own keys once; widgets keep their values under their keys."""
     st.session_state.setdefault("image_seed", 0)
-    st.session_state.setdefault("job_ids", [])  # jobs this session started or joined
+    st.session_state.setdefault("job_ids", [])  # jobs this session shows: its own and every running one
+    st.session_state.setdefault("own_jobs", [])  # jobs started or joined here; they show their live curve
     st.session_state.setdefault("announced_jobs", [])  # finished jobs the page already reran for
 
 
@@ -145,6 +148,14 @@ def read_entry(stamp: tuple, _config: ModelConfig) -> EntrySummary:
         return EntrySummary(config, "damaged", error=error.reason, stamp=stamp)
     return EntrySummary(config, "cached", dict(trained.metrics), tuple(trained.history), trained.created,
                         stamp=stamp)
+
+
+# Building a plotly figure validates every property and took about 7 ms; a checkpoint's curve
+# never changes, so its figure is built once per process. st.plotly_chart only reads it.
+@st.cache_resource(max_entries=256, show_spinner=False)
+def loss_figure(title: str, versions: tuple, _histories: dict) -> go.Figure:
+    """Return the loss-curve figure of checkpoint versions ((name, stamp), ...) with those histories."""
+    return figures.loss_curve_figure(_histories, title)
 
 
 @st.cache_resource(show_spinner=False)
@@ -274,10 +285,12 @@ def start_training(manager: JobManager, config: ModelConfig, datasets: dict, ret
         st.toast(f"{config.label} is already training in job {view.id}; this page follows that job.")
 
 
-def remember_job(view: JobView) -> None:
-    """Add a job to the ones this session shows until dismissed."""
+def remember_job(view: JobView, own: bool = True) -> None:
+    """Add a job to the ones this session shows until dismissed; own marks one started or joined here."""
     if view.id not in st.session_state["job_ids"]:
         st.session_state["job_ids"].append(view.id)
+    if own and view.id not in st.session_state["own_jobs"]:
+        st.session_state["own_jobs"].append(view.id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,13 +304,20 @@ def visible_jobs(manager: JobManager) -> list[JobView]:
 
 
 def job_card_ui(manager: JobManager, view: JobView) -> None:
-    """Draw one job: progress, live loss curve, cancel or dismiss, and its errors."""
+    """Draw one job: progress, live loss curve, cancel or dismiss, and its errors.
+
+    The live curve is on by default only in the sessions that started or joined the job: every
+    session refreshes its cards each second, and one chart per session and second would cost a
+    classroom's server more than the training step does.
+    """
     with st.container(border=True):
         state_text = {"running": "running", "done": "finished", "failed": "finished with errors",
                       "cancelled": "cancelled"}[view.state]
         st.markdown(f"**{view.title}** · job {view.id}, {state_text}")
         st.progress(view.fraction, text=view.detail)
-        if view.running and (view.step_points or view.history) and view.current is not None:
+        show_curve = view.running and st.toggle("Live loss curve", value=view.id in st.session_state["own_jobs"],
+                                                key=f"live_curve_{view.id}")
+        if show_curve and (view.step_points or view.history) and view.current is not None:
             figure = figures.loss_curve_figure({view.current.label: view.history}, f"Live loss: {view.current.label}",
                                                view.step_points, height=LIVE_CHART_HEIGHT)
             st.plotly_chart(figure, key=f"live_chart_{view.id}")
@@ -325,7 +345,7 @@ def live_jobs_ui(checkpoint_dir: str) -> None:
     views = visible_jobs(manager)
     for view in views:
         if view.running:
-            remember_job(view)  # this session follows every running job, so it reruns when one ends
+            remember_job(view, own=False)  # this session follows every running job, so it reruns when one ends
     for view in views:
         job_card_ui(manager, view)
     announced = st.session_state["announced_jobs"]
@@ -336,9 +356,19 @@ def live_jobs_ui(checkpoint_dir: str) -> None:
 
 
 def jobs_ui(checkpoint_dir: str, manager: JobManager) -> None:
-    """Draw the job panel; it refreshes itself every LIVE_REFRESH_S seconds while a job runs."""
-    running = any(view.running for view in visible_jobs(manager))
-    st.fragment(live_jobs_ui, run_every=LIVE_REFRESH_S if running else None)(checkpoint_dir)
+    """Draw the job panel; it refreshes itself while a job runs.
+
+    A session refreshes every LIVE_REFRESH_S seconds while a job it started or joined runs, and
+    every WATCH_REFRESH_S seconds while only other sessions' jobs run.
+    """
+    running = [view.id for view in visible_jobs(manager) if view.running]
+    if not running:
+        interval = None
+    elif set(running) & set(st.session_state["own_jobs"]):
+        interval = LIVE_REFRESH_S
+    else:
+        interval = WATCH_REFRESH_S
+    st.fragment(live_jobs_ui, run_every=interval)(checkpoint_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,16 +460,18 @@ def prefetch_scores(store: CheckpointStore, selection: Selection, data: DatasetS
     plain = entry_for(store, selection.config, training)
     denoisers = {var: entry_for(store, selection.config.with_(noise_var=float(var)), training) for var in NOISE_VARS}
     noise = eval_noise()
+    cache = score_cache()
     tasks = []
     for noise_var in sorted(explore.SLIDER_VARS, key=lambda v: abs(v - selection.noise_var)):
         trained_var = explore.nearest_trained_var(noise_var)
         model_entry = pick_shown(plain, denoisers[trained_var] if trained_var is not None else None).model_entry
-        if model_entry is None:
-            continue
+        key = (model_entry.stamp, noise_var) if model_entry is not None else None
+        if key is None or cache.get(key) is not None:
+            continue  # most reruns end here: the scores of a shown model are computed once
         model = shown_model(model_entry)
-        tasks.append(((model_entry.stamp, noise_var),
-                      lambda m=model, v=noise_var: explore.score_test_set(m, data.test_x, noise, v)))
-    score_cache().prefetch(tasks)
+        tasks.append((key, lambda m=model, v=noise_var: explore.score_test_set(m, data.test_x, noise, v)))
+    if tasks:
+        cache.prefetch(tasks)
 
 
 def image_rows_ui(images: explore.ShownImages, data: DatasetSplits, choice: ModelChoice, noise_var: float) -> None:
@@ -541,7 +573,8 @@ def loss_tab_ui(choice: ModelChoice) -> None:
     elif cached[0].config.is_denoiser:
         title = f"Loss per epoch: denoiser {cached[0].config.label}"
     histories = {names[entry.config]: entry.history for entry in cached}
-    st.plotly_chart(figures.loss_curve_figure(histories, title), key="loss_chart")
+    versions = tuple((names[entry.config], entry.stamp) for entry in cached)
+    st.plotly_chart(loss_figure(title, versions, histories), key="loss_chart")
     for entry in cached:
         seconds = entry.metrics.get("seconds") or 0.0
         st.caption(f"{names[entry.config].capitalize()} model: checkpoint written "
@@ -706,11 +739,3 @@ def main() -> None:
     charts_ui(store, selection, choice, training)
     prefetch_scores(store, selection, data, training)
 
-
-if __name__ == "__main__":
-    try:
-        main()
-    except Exception as error:  # noqa: BLE001 - the page shows plain words instead of a traceback
-        logger.exception("the page failed")
-        st.error(f"Something went wrong while drawing the page: {type(error).__name__}: {error}. "
-                 "Reload the page; if it happens again, the server log has the details.")

@@ -1,7 +1,7 @@
 """Autoencoder lab: reconstruct and denoise MNIST and Fashion-MNIST test images, train in the background.
 
-Start with `streamlit run streamlit_app.py`. The page itself lives in lab_dashboard.py; this script
-only sets up the page and calls it, and turns an unexpected error into a message in plain words.
+Start with `streamlit run streamlit_app.py`. The page itself lives in lab_dashboard.py. This script
+sets up the page and calls it, and it turns an unexpected error into a message in plain words.
 """
 
 import logging

@@ -1,9 +1,12 @@
 """The dashboard through Streamlit's AppTest: real script, real data, real checkpoints, no mocks."""
 
+import base64
+import io
 import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -230,6 +233,12 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
 
     at.button(key="retrain").click().run()
     started_with_progress = len(at.get("progress")) == 1
+    # The session that started the job shows its live curve; another session shows the progress
+    # with the curve switched off until its user turns it on.
+    own_curve = [toggle.value for toggle in at.toggle if toggle.label == "Live loss curve"]
+    other = open_app(monkeypatch, folder, data_dir)
+    other_curve = [toggle.value for toggle in other.toggle if toggle.label == "Live loss curve"]
+    other_progress = len(other.get("progress"))
     deadline = time.monotonic() + RETRAIN_LIMIT_S
     slider_values = [0.1, 0.25, 0.0]  # the user keeps moving the slider while the job runs
     polls = 0
@@ -243,6 +252,7 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
 
     assert not at.exception
     assert started_with_progress, "a running job shows a progress bar"
+    assert own_curve == [True] and other_curve == [False] and other_progress == 1
     assert "Finished in" in texts(at), f"retraining did not finish within {RETRAIN_LIMIT_S} s"
     assert path.stat().st_mtime_ns != old_stamp
     assert new_caption != old_caption, "the loss-curve caption still describes the old checkpoint"
@@ -299,6 +309,22 @@ def test_shown_images_without_noise_equal_originals():
     assert np.array_equal(noisy.x, test_x[torch.from_numpy(indices)].numpy())
 
 
+def test_png_data_urls_decode_to_the_same_pixels():
+    from PIL import Image
+
+    images = torch.rand(5, 784, generator=torch.Generator().manual_seed(3)).numpy()
+    images[0] = 0.0
+    images[1] = 1.0
+    expected = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    for url, pixels in zip(explore.png_data_urls(images), expected, strict=True):
+        prefix, payload = url.split(",", 1)
+        assert prefix == "data:image/png;base64"
+        decoded = Image.open(io.BytesIO(base64.b64decode(payload)))
+        decoded.load()  # checks every chunk's CRC and the zlib stream
+        assert decoded.mode == "L" and decoded.size == (28, 28)
+        assert np.array_equal(np.asarray(decoded), pixels)
+
+
 def test_pick_test_indices_grow_stably():
     assert list(explore.pick_test_indices(100, 8, 1)) == list(explore.pick_test_indices(100, 12, 1)[:8])
     assert len(set(explore.pick_test_indices(100, 100, 1))) == 100
@@ -326,6 +352,35 @@ def test_score_cache_prefetches_in_background():
     assert cache.get("b") == {"value": "b"}
     assert calls == ["a", "b"], "a stored key is not computed again"
     assert cache.get_or_compute("c", lambda: {"value": "c"}) == {"value": "c"}
+
+
+def test_score_cache_computes_a_key_once_for_concurrent_callers():
+    cache = explore.ScoreCache()
+    calls = []
+    release = threading.Event()
+
+    def slow_compute():
+        calls.append(threading.current_thread().name)
+        release.wait(10)
+        return {"value": 1}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("k", slow_compute)),
+                                name=f"session-{index}") for index in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # every thread has asked for the key by now
+    release.set()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(calls) == 1
+    assert results == [{"value": 1}] * 5
+
+    # A failed computation is not stored; the next caller computes the key again.
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("bad", lambda: (_ for _ in ()).throw(RuntimeError("disk gone")))
+    assert cache.get_or_compute("bad", lambda: {"value": 2}) == {"value": 2}
 
 
 def test_overview_figure_marks_missing_and_best():
