@@ -786,30 +786,34 @@ def load_dataset(name: str, root=None, verify: bool = True) -> DatasetSplits:
     if verify:
         verify_dataset(name, root)
 
-    # NOTE: torchvision prefers an old-style root/<Folder>/processed/{training,test}.pt cache
-    # over the raw files when one exists, so such a cache bypasses the verification above.
-    dataset_class = _torchvision_class(name)
+    # The verified raw files are read directly: going through torchvision.datasets would import
+    # torchvision (about 4 s) and would prefer an old processed/*.pt cache over the checked files.
+    folder = raw_dir(name, root)
+    arrays = {}
     try:
-        train = dataset_class(str(root), train=True, download=False)
-        test = dataset_class(str(root), train=False, download=False)
-    except (RuntimeError, ValueError, TypeError, OSError) as error:
+        for filename in IDX_FILES:
+            arrays[filename] = torch.from_numpy(read_idx(folder / filename))
+    except (ValueError, OSError) as error:
         raise DataError(
-            f"cannot read {DISPLAY_NAMES[name]} from {raw_dir(name, root)}: {error}. "
+            f"cannot read {DISPLAY_NAMES[name]} from {folder}: {error}. "
             f"To download and verify it again, run: {prepare_command(name, root)}"
         ) from None
+    train_images, train_labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    test_images, test_labels = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
 
-    for images, count in ((train.data, TRAIN_SIZE), (test.data, TEST_SIZE)):
+    for images, labels, count in ((train_images, train_labels, TRAIN_SIZE), (test_images, test_labels, TEST_SIZE)):
         shape = (count, IMAGE_SIDE, IMAGE_SIDE)
-        if tuple(images.shape) != shape:
+        if tuple(images.shape) != shape or tuple(labels.shape) != (count,):
             raise DataError(
-                f"{DISPLAY_NAMES[name]} images in {raw_dir(name, root)} have shape {tuple(images.shape)}, "
-                f"expected {shape}. To download and verify them again, run: {prepare_command(name, root)}"
+                f"{DISPLAY_NAMES[name]} files in {folder} hold images of shape {tuple(images.shape)} and labels of "
+                f"shape {tuple(labels.shape)}, expected {shape} and {(count,)}. To download and verify them again, "
+                f"run: {prepare_command(name, root)}"
             )
 
     return DatasetSplits(
         name=name,
-        train_x=_to_float_images(train.data),
-        train_y=train.targets.to(torch.int64),
-        test_x=_to_float_images(test.data),
-        test_y=test.targets.to(torch.int64),
+        train_x=_to_float_images(train_images),
+        train_y=train_labels.to(torch.int64),
+        test_x=_to_float_images(test_images),
+        test_y=test_labels.to(torch.int64),
     )

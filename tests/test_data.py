@@ -317,6 +317,16 @@ def test_idx_reader_matches_torchvision(data_dir):
     assert np.array_equal(ours, theirs.numpy())
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_loaded_splits_equal_torchvision_datasets(data_dir, name):
+    loaded = load_dataset(name, data_dir)
+    dataset_class = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+    for train, images, labels in ((True, loaded.train_x, loaded.train_y), (False, loaded.test_x, loaded.test_y)):
+        reference = dataset_class(str(data_dir), train=train, download=False)
+        assert torch.equal(images, reference.data.reshape(len(reference.data), -1).float() / 255)
+        assert torch.equal(labels, reference.targets)
+
+
 def test_idx_reader_rejects_truncated_bytes():
     encoded = data.encode_idx(np.zeros((4, 2), dtype=np.uint8))
     with pytest.raises(ValueError):
