@@ -22,7 +22,8 @@ from ae_core import explore, figures
 from ae_core.checkpoint import CheckpointError, load_checkpoint
 from ae_core.config import (DATASETS, DEFAULT_EPOCHS, DEFAULT_SEED, DEPTHS, LATENT_GRID, NOISE_VARS, REGULARIZERS,
                             ModelConfig, default_strength)
-from ae_core.data import CLASS_NAMES, DISPLAY_NAMES, TEST_SIZE, DataError, DatasetSplits, default_data_dir, load_dataset
+from ae_core.data import (CLASS_NAMES, DISPLAY_NAMES, TEST_SIZE, DataError, DatasetSplits, default_data_dir, load_dataset,
+                          python_command)
 from ae_core.explore import EntrySummary
 from ae_core.jobs import JobManager, JobView
 from ae_core.metrics import eval_standard_normal
@@ -71,6 +72,65 @@ class ModelChoice:
 
 # ---------------------------------------------------------------------------------------------
 # Session state, initialised once per session
+
+
+# ---------------------------------------------------------------------------------------------
+# The address's query parameters, checked before the widgets read them
+
+
+def _is_int_in(text: str, low: int, high: int) -> bool:
+    try:
+        return low <= int(text) <= high
+    except ValueError:
+        return False
+
+
+def _is_float_in(text: str, low: float, high: float) -> bool:
+    try:
+        return low <= float(text) <= high  # False for nan
+    except ValueError:
+        return False
+
+
+# key -> (accepted values in words, test of one value). The selectboxes and radios keep their shown
+# label in the address; their command-line names are accepted too (URL_ALIASES, name -> label).
+URL_CHECKS = {
+    "dataset": (", ".join(DISPLAY_NAMES[name] for name in DATASETS), lambda v: v in DISPLAY_NAMES.values()),
+    "depth": (" or ".join(map(str, DEPTHS)), lambda v: v in {str(depth) for depth in DEPTHS}),
+    "latent_dim": (", ".join(map(str, LATENT_GRID)), lambda v: v in {str(size) for size in LATENT_GRID}),
+    "regularizer": (", ".join(REGULARIZER_NAMES[r] for r in REGULARIZERS),
+                    lambda v: v in {REGULARIZER_NAMES[r] for r in REGULARIZERS}),
+    "noise_var": ("a number from 0 to 1", lambda v: _is_float_in(v, 0.0, 1.0)),
+    "n_images": ("a whole number from 4 to 16", lambda v: _is_int_in(v, 4, 16)),
+    "epochs": ("a whole number from 1 to 200", lambda v: _is_int_in(v, 1, 200)),
+    "train_seed": (f"a whole number from 0 to {2**31 - 1}", lambda v: _is_int_in(v, 0, 2**31 - 1)),
+}
+URL_ALIASES = {
+    "dataset": {name: DISPLAY_NAMES[name] for name in DATASETS},
+    "regularizer": {name: REGULARIZER_NAMES[name] for name in REGULARIZERS},
+}
+
+
+def check_query_params() -> list[str]:
+    """Apply command-line names found in the address, and return one sentence per value no control takes.
+
+    Runs before the widgets. Streamlit itself drops a bound value that its widget does not offer;
+    this says so on the page. A bound parameter cannot be changed through st.query_params, so a
+    command-line name is applied through the widget's session state on the session's first run.
+    """
+    params = st.query_params
+    notes = []
+    for key, (accepted, is_valid) in URL_CHECKS.items():
+        if key not in params:
+            continue
+        value = params[key]
+        name = value.strip().lower()
+        if name in URL_ALIASES.get(key, {}):
+            if key not in st.session_state:
+                st.session_state[key] = name
+        elif not is_valid(value):
+            notes.append(f"`{key}={value[:40]}` is not a value of this control ({accepted})")
+    return notes
 
 
 def init_session_state() -> None:
@@ -145,6 +205,7 @@ def read_entry(stamp: tuple, _config: ModelConfig) -> EntrySummary:
     except FileNotFoundError:
         return EntrySummary(config, "missing")
     except CheckpointError as error:
+        logger.warning("checkpoint %s cannot be used: %s", stamp[0], error.reason)  # once per file version
         return EntrySummary(config, "damaged", error=error.reason, stamp=stamp)
     return EntrySummary(config, "cached", dict(trained.metrics), tuple(trained.history), trained.created,
                         stamp=stamp)
@@ -297,10 +358,10 @@ def remember_job(view: JobView, own: bool = True) -> None:
 # Background jobs: a fragment that refreshes itself while a job runs
 
 
-def visible_jobs(manager: JobManager) -> list[JobView]:
-    """Return every running job and this session's finished ones, newest first."""
-    mine = set(st.session_state["job_ids"])
-    return [view for view in reversed(manager.jobs()) if view.running or view.id in mine]
+def visible_jobs(views: list[JobView]) -> list[JobView]:
+    """Return every running job, and the finished ones started or joined here and not dismissed, newest first."""
+    own, shown = set(st.session_state["own_jobs"]), set(st.session_state["job_ids"])
+    return [view for view in reversed(views) if view.running or (view.id in own and view.id in shown)]
 
 
 def job_card_ui(manager: JobManager, view: JobView) -> None:
@@ -331,25 +392,34 @@ def job_card_ui(manager: JobManager, view: JobView) -> None:
         if view.state == "cancelled":
             kept = f" The {len(view.results)} model(s) finished earlier in this job are kept." if view.results else ""
             st.warning(f"Cancelled. The interrupted model was not saved.{kept}")
-        if view.running:
+        if view.running and view.id in st.session_state["own_jobs"]:
             if st.button("Cancel", key=f"cancel_{view.id}", icon=":material/stop_circle:"):
                 manager.cancel(view.id)
+        elif view.running:
+            st.caption("Started from another page. Only a page that started or joined a job can cancel it; "
+                       "training the same model here joins it.")
         elif st.button("Dismiss", key=f"dismiss_{view.id}"):
             st.session_state["job_ids"].remove(view.id)
             st.rerun()
 
 
 def live_jobs_ui(checkpoint_dir: str) -> None:
-    """Draw the jobs and rerun the whole page once each job of this session ends."""
+    """Draw the jobs and rerun the whole page once each job that this session followed ends.
+
+    Every session follows every running job, so all pages pick up a new checkpoint, but only the
+    pages that started or joined a job keep its card after it ends.
+    """
     manager = job_manager(checkpoint_dir)
-    views = visible_jobs(manager)
+    views = manager.jobs()
     for view in views:
         if view.running:
             remember_job(view, own=False)  # this session follows every running job, so it reruns when one ends
-    for view in views:
+    for view in visible_jobs(views):
         job_card_ui(manager, view)
     announced = st.session_state["announced_jobs"]
-    newly_finished = [view.id for view in views if not view.running and view.id not in announced]
+    followed = set(st.session_state["job_ids"])
+    newly_finished = [view.id for view in views
+                      if view.id in followed and not view.running and view.id not in announced]
     if newly_finished:
         announced.extend(newly_finished)
         st.rerun()
@@ -361,7 +431,7 @@ def jobs_ui(checkpoint_dir: str, manager: JobManager) -> None:
     A session refreshes every LIVE_REFRESH_S seconds while a job it started or joined runs, and
     every WATCH_REFRESH_S seconds while only other sessions' jobs run.
     """
-    running = [view.id for view in visible_jobs(manager) if view.running]
+    running = [view.id for view in manager.jobs() if view.running]
     if not running:
         interval = None
     elif set(running) & set(st.session_state["own_jobs"]):
@@ -409,9 +479,9 @@ def model_status_ui(choice: ModelChoice, selection: Selection, manager: JobManag
     plain = choice.plain
     datasets = {data.name: data}
     if plain.status == "damaged":
-        st.error(f"The checkpoint of {describe(plain.config)} is damaged ({plain.error}). Retrain it to replace "
-                 "the file.")
-        if st.button("Retrain the damaged model", key="retrain_damaged", icon=":material/build:"):
+        st.error(f"The checkpoint of {describe(plain.config)} cannot be used: {plain.error}. Retrain it to "
+                 "replace the file.")
+        if st.button("Retrain this model", key="retrain_damaged", icon=":material/build:"):
             start_training(manager, plain.config, datasets, retrain=True)
             st.rerun()
     elif plain.status in ("missing", "training"):
@@ -703,7 +773,8 @@ def charts_ui(store: CheckpointStore, selection: Selection, choice: ModelChoice,
 def data_error_ui(dataset: str, error: DataError) -> None:
     """Explain missing or damaged data and name the command that prepares it."""
     st.error(f"The {DISPLAY_NAMES[dataset]} images are missing or damaged, so nothing can be shown or trained "
-             f"yet.\n\n{error}\n\nTo prepare both datasets, run `python -m ae_core data` in the project folder, "
+             f"yet.\n\n{error}\n\nTo prepare both datasets, run `make data` in the project folder (or "
+             f"`{python_command()} -m ae_core data`), "
              "then reload this page.")
 
 
@@ -712,6 +783,7 @@ def main() -> None:
     configure_logging()
     configure_torch()
     init_session_state()
+    url_notes = check_query_params()
     selection = sidebar_ui()
     store = CheckpointStore()
     checkpoint_dir = str(store.root.resolve())
@@ -719,6 +791,9 @@ def main() -> None:
 
     st.html(PIXELATED_CSS)
     st.title("Autoencoder lab")
+    if url_notes:
+        st.warning("The address holds values that the page's controls do not offer, so those controls show "
+                   f"their default or a rounded value instead: {'; '.join(url_notes)}.")
     st.caption("Compress test images through a small latent code and rebuild them; add Gaussian noise and see how "
                "a denoising autoencoder removes it. Models train on the 60,000 training images; all scores are "
                "on the 10,000 test images.")

@@ -5,12 +5,17 @@ sets up the page and calls it, and it turns an unexpected error into a message i
 """
 
 import logging
+import sys
 
 import streamlit as st
 
-import lab_dashboard
-
 st.set_page_config(page_title="Autoencoder lab", page_icon=":material/blur_on:", layout="wide")
+
+if "lab_dashboard" not in sys.modules:
+    # The first visit after a start imports PyTorch, which takes several seconds on a small CPU.
+    with st.spinner("Starting the lab: loading PyTorch and the page code…"):
+        import lab_dashboard
+import lab_dashboard  # noqa: E402
 
 try:
     lab_dashboard.main()

@@ -186,7 +186,7 @@ def load_checkpoint(path: Path, expected: ModelConfig | None = None) -> TrainedM
     except (ConfigError, TypeError) as error:
         raise CheckpointError(path, f"invalid config: {error}") from error
     if expected is not None and config != expected:
-        raise CheckpointError(path, f"stores another configuration ({config.stem})")
+        raise CheckpointError(path, f"stores another configuration: {config.stem}")
 
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):

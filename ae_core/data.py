@@ -137,9 +137,23 @@ def raw_dir(name: str, root) -> Path:
     return Path(root) / _FOLDERS[name] / "raw"
 
 
+def python_command() -> str:
+    """Return the running interpreter as a shell word: relative to the current folder when inside it.
+
+    A message that says `python -m ...` fails in a shell without the project's virtual
+    environment; the interpreter's own path works in any shell.
+    """
+    executable = Path(sys.executable)
+    try:
+        shown = executable.relative_to(Path.cwd())
+    except ValueError:
+        shown = executable
+    return shlex.quote(str(shown))
+
+
 def prepare_command(name: str, root) -> str:
     """Return the shell command that downloads and verifies a dataset into root."""
-    return f"python -m ae_core data --dataset {name} --data-dir {shlex.quote(str(root))}"
+    return f"{python_command()} -m ae_core data --dataset {name} --data-dir {shlex.quote(str(root))}"
 
 
 def _expected_count(filename: str) -> int:

@@ -211,6 +211,27 @@ def test_chart_tabs_draw_from_cache(monkeypatch, tiny_checkpoints, data_dir):
     assert "2 of 32" in texts(at)
 
 
+def test_address_takes_command_line_names_and_reports_bad_values(monkeypatch, tiny_checkpoints, data_dir):
+    monkeypatch.setenv("AE_CHECKPOINT_DIR", str(tiny_checkpoints))
+    monkeypatch.setenv("AE_DATA_DIR", str(data_dir))
+    at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    for key, value in {"dataset": "fashion-mnist", "regularizer": "Dropout", "depth": "5", "noise_var": "5",
+                       "epochs": "1.5"}.items():
+        at.query_params[key] = value
+    at.run()
+
+    assert not at.exception
+    assert at.selectbox(key="dataset").value == "fashion-mnist"
+    assert at.radio(key="regularizer").value == "dropout"
+    assert at.radio(key="depth").value == 5
+    assert at.slider(key="noise_var").value == 0.0
+    assert at.number_input(key="epochs").value in (1, 10)  # Streamlit cuts 1.5 to 1
+    notes = [warning.value for warning in at.warning if warning.value.startswith("The address")]
+    assert len(notes) == 1
+    assert "`noise_var=5`" in notes[0] and "`epochs=1.5`" in notes[0]
+    assert "dataset" not in notes[0] and "regularizer" not in notes[0]
+
+
 def test_damaged_checkpoint_offers_retrain(monkeypatch, tmp_path, tiny_checkpoints, data_dir):
     folder = tmp_path / "checkpoints"
     shutil.copytree(tiny_checkpoints, folder)
@@ -219,8 +240,8 @@ def test_damaged_checkpoint_offers_retrain(monkeypatch, tmp_path, tiny_checkpoin
 
     assert not at.exception
     assert len(at.error) == 1
-    assert "is damaged" in at.error[0].value
-    assert at.button(key="retrain_damaged").label == "Retrain the damaged model"
+    assert "cannot be used: cannot be read" in at.error[0].value
+    assert at.button(key="retrain_damaged").label == "Retrain this model"
 
 
 def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpoints, data_dir):
@@ -239,6 +260,8 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
     other = open_app(monkeypatch, folder, data_dir)
     other_curve = [toggle.value for toggle in other.toggle if toggle.label == "Live loss curve"]
     other_progress = len(other.get("progress"))
+    own_cancel = [button.key for button in at.button if button.key.startswith("cancel_")]
+    other_cancel = [button.key for button in other.button if button.key.startswith("cancel_")]
     deadline = time.monotonic() + RETRAIN_LIMIT_S
     slider_values = [0.1, 0.25, 0.0]  # the user keeps moving the slider while the job runs
     polls = 0
@@ -253,6 +276,7 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
     assert not at.exception
     assert started_with_progress, "a running job shows a progress bar"
     assert own_curve == [True] and other_curve == [False] and other_progress == 1
+    assert len(own_cancel) == 1 and other_cancel == [], "only the page that started a job can cancel it"
     assert "Finished in" in texts(at), f"retraining did not finish within {RETRAIN_LIMIT_S} s"
     assert path.stat().st_mtime_ns != old_stamp
     assert new_caption != old_caption, "the loss-curve caption still describes the old checkpoint"

@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import socket
+import sys
 import threading
 import time
 import zipfile
@@ -47,6 +48,14 @@ LABEL_COUNTS = {
 }
 TRAIN_MEAN_PIXEL = {"mnist": 0.1307, "fashion-mnist": 0.2860}
 FIX_COMMAND = "python -m ae_core data"
+
+
+def test_fix_command_names_the_running_interpreter(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert data.prepare_command("mnist", "data") == ".venv/bin/python -m ae_core data --dataset mnist --data-dir data"
+    monkeypatch.setattr(sys, "executable", "/opt/my python/bin/python3")
+    assert data.prepare_command("mnist", "data").startswith("'/opt/my python/bin/python3' -m ae_core data ")
 
 
 @pytest.fixture(scope="module")
