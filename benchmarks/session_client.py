@@ -21,12 +21,13 @@ PAGE_DONE = ForwardMsg.FINISHED_SUCCESSFULLY
 
 
 class SessionClient:
-    """One dashboard session: connect, run the page, set a slider, follow automatic reruns."""
+    """One dashboard session: connect, run the page, set a slider or number, press a button, follow
+    automatic reruns."""
 
     def __init__(self, url: str):
         self.stream_url = url.replace("http://", "ws://").rstrip("/") + "/_stcore/stream"
         self.widgets: dict[str, WidgetState] = {}
-        self.slider_ids: dict[str, str] = {}  # label -> widget id, read from the page's elements
+        self.widget_ids: dict[tuple[str, str], str] = {}  # (element kind, label) -> widget id, from the page
         self.metrics: dict[str, str] = {}  # label -> shown value, from the latest run
         self.exceptions: list[str] = []
         self.fragment_runs = 0
@@ -52,11 +53,26 @@ class SessionClient:
 
     async def set_slider(self, label: str, value: float, timeout_s: float) -> float:
         """Move the slider labelled label to value; return the seconds until the page run finished."""
-        widget_id = self.slider_ids[label]
+        widget_id = self.widget_ids[("slider", label)]
         state = WidgetState(id=widget_id)
         state.double_array_value.data.append(value)
         self.widgets[widget_id] = state
         return await self.rerun(timeout_s)
+
+    async def set_number(self, label: str, value: float, timeout_s: float) -> float:
+        """Type value into the number input labelled label; return the seconds until the page run finished."""
+        widget_id = self.widget_ids[("number_input", label)]
+        self.widgets[widget_id] = WidgetState(id=widget_id, double_value=value)
+        return await self.rerun(timeout_s)
+
+    async def click(self, label: str, timeout_s: float) -> float:
+        """Press the button labelled label once; return the seconds until the page run finished."""
+        widget_id = self.widget_ids[("button", label)]
+        self.widgets[widget_id] = WidgetState(id=widget_id, trigger_value=True)
+        try:
+            return await self.rerun(timeout_s)
+        finally:
+            del self.widgets[widget_id]  # a press counts for one run only
 
     async def rerun(self, timeout_s: float) -> float:
         """Ask for a run of the whole page; return the seconds until the server says it finished.
@@ -100,8 +116,9 @@ class SessionClient:
         if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
             element = message.delta.new_element
             element_kind = element.WhichOneof("type")
-            if element_kind == "slider":
-                self.slider_ids[element.slider.label] = element.slider.id
+            if element_kind in ("slider", "number_input", "button"):
+                widget = getattr(element, element_kind)
+                self.widget_ids[(element_kind, widget.label)] = widget.id
             elif element_kind == "metric":
                 self.metrics[element.metric.label] = element.metric.body
             elif element_kind == "exception":
