@@ -55,10 +55,14 @@ def run_data(args) -> int:
     names = DATASETS if args.dataset == "all" else (args.dataset,)
     for name in names:
         try:
-            prepare_dataset(name, root, allow_download=not args.offline_only)
+            attempts = prepare_dataset(name, root, allow_download=not args.offline_only)
         except DataError as error:
             return _fail(str(error))
-        print(f"{name}: ready and verified in {root}")
+        if len(attempts) == 1:  # the files were already there and valid
+            print(f"{name}: ready and verified in {root} (files already present)")
+        else:  # something was fetched: say what was wrong and which source fixed it
+            steps = "\n".join(f"  - {line}" for line in attempts)
+            print(f"{name}: ready and verified in {root}\n{steps}")
     return 0
 
 

@@ -4,6 +4,7 @@ The data_dir fixture (conftest.py) prepares both datasets once. Tests that damag
 copies under tmp_path. Download tests use only servers and closed ports on 127.0.0.1.
 """
 
+import argparse
 import functools
 import gzip
 import http.server
@@ -455,6 +456,29 @@ def test_torchvision_download_from_local_mirror(tmp_path, monkeypatch, no_proxy,
 
     assert attempts[-1].startswith("torchvision download: done")
     verify_dataset("fashion-mnist", tmp_path)
+
+
+def test_data_command_says_what_it_repaired(tmp_path, monkeypatch, data_dir, fashion_gz_dir, capsys):
+    from ae_core import commands
+
+    folder = raw_dir("fashion-mnist", tmp_path)
+    folder.mkdir(parents=True)
+    for filename in IDX_FILES:
+        shutil.copyfile(raw_dir("fashion-mnist", data_dir) / filename, folder / filename)
+    with open(folder / "t10k-labels-idx1-ubyte", "r+b") as file:
+        file.truncate(100)
+    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", fashion_gz_dir)
+    args = argparse.Namespace(data_dir=tmp_path, dataset="fashion-mnist", offline_only=True)
+
+    assert commands.run_data(args) == 0
+    repaired = capsys.readouterr().out
+    assert commands.run_data(args) == 0
+    again = capsys.readouterr().out
+
+    assert repaired.startswith(f"fashion-mnist: ready and verified in {tmp_path}\n")
+    assert "t10k-labels-idx1-ubyte" in repaired, "the problem that was found"
+    assert "done in" in repaired.splitlines()[-1], "the source that fixed it"
+    assert again == f"fashion-mnist: ready and verified in {tmp_path} (files already present)\n"
 
 
 def test_installed_package_repairs_truncated_file(tmp_path, monkeypatch, data_dir, fashion_gz_dir):
