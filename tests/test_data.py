@@ -458,15 +458,21 @@ def test_torchvision_download_from_local_mirror(tmp_path, monkeypatch, no_proxy,
     verify_dataset("fashion-mnist", tmp_path)
 
 
-def test_data_command_says_what_it_repaired(tmp_path, monkeypatch, data_dir, fashion_gz_dir, capsys):
-    from ae_core import commands
-
-    folder = raw_dir("fashion-mnist", tmp_path)
+def _copy_with_truncated_file(data_dir: Path, root: Path, truncated: str) -> Path:
+    """Copy the four Fashion-MNIST files under root, cut one of them to 100 bytes; return their folder."""
+    folder = raw_dir("fashion-mnist", root)
     folder.mkdir(parents=True)
     for filename in IDX_FILES:
         shutil.copyfile(raw_dir("fashion-mnist", data_dir) / filename, folder / filename)
-    with open(folder / "t10k-labels-idx1-ubyte", "r+b") as file:
+    with open(folder / truncated, "r+b") as file:
         file.truncate(100)
+    return folder
+
+
+def test_data_command_reports_repair(tmp_path, monkeypatch, data_dir, fashion_gz_dir, capsys):
+    from ae_core import commands
+
+    _copy_with_truncated_file(data_dir, tmp_path, "t10k-labels-idx1-ubyte")
     monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", fashion_gz_dir)
     args = argparse.Namespace(data_dir=tmp_path, dataset="fashion-mnist", offline_only=True)
 
@@ -476,18 +482,13 @@ def test_data_command_says_what_it_repaired(tmp_path, monkeypatch, data_dir, fas
     again = capsys.readouterr().out
 
     assert repaired.startswith(f"fashion-mnist: ready and verified in {tmp_path}\n")
-    assert "t10k-labels-idx1-ubyte" in repaired, "the problem that was found"
-    assert "done in" in repaired.splitlines()[-1], "the source that fixed it"
+    assert "t10k-labels-idx1-ubyte" in repaired, "the output names the damaged file"
+    assert "done in" in repaired.splitlines()[-1], "the output names the source that repaired it"
     assert again == f"fashion-mnist: ready and verified in {tmp_path} (files already present)\n"
 
 
 def test_installed_package_repairs_truncated_file(tmp_path, monkeypatch, data_dir, fashion_gz_dir):
-    folder = raw_dir("fashion-mnist", tmp_path)
-    folder.mkdir(parents=True)
-    for filename in IDX_FILES:
-        shutil.copyfile(raw_dir("fashion-mnist", data_dir) / filename, folder / filename)
-    with open(folder / "train-labels-idx1-ubyte", "r+b") as file:
-        file.truncate(100)
+    folder = _copy_with_truncated_file(data_dir, tmp_path, "train-labels-idx1-ubyte")
     (folder / ".train-labels-idx1-ubyte.123-abcd.part").write_bytes(b"left by a killed run")
     monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", fashion_gz_dir)
 
