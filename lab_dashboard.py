@@ -112,11 +112,12 @@ URL_ALIASES = {
 
 
 def check_query_params() -> list[str]:
-    """Apply command-line names found in the address, and return one sentence per value no control takes.
+    """Apply command-line names found in the address, and return one sentence per invalid value.
 
-    Runs before the widgets. Streamlit itself drops a bound value that its widget does not offer;
-    this says so on the page. A bound parameter cannot be changed through st.query_params, so a
-    command-line name is applied through the widget's session state on the session's first run.
+    Runs before the widgets. Streamlit drops a bound value that its widget does not offer, and the
+    returned sentences tell the user which values were dropped. Streamlit rejects changes to a
+    bound parameter through st.query_params, so a command-line name goes into the widget's
+    session state instead, on the session's first run.
     """
     params = st.query_params
     notes = []
@@ -211,8 +212,8 @@ def read_entry(stamp: tuple, _config: ModelConfig) -> EntrySummary:
                         stamp=stamp)
 
 
-# Building a plotly figure validates every property and took about 7 ms; a checkpoint's curve
-# never changes, so its figure is built once per process. st.plotly_chart only reads it.
+# Building a plotly figure validates every property, which took about 6 ms here. A checkpoint's
+# curve never changes, so its figure is built once per process; st.plotly_chart copies it.
 @st.cache_resource(max_entries=256, show_spinner=False)
 def loss_figure(title: str, versions: tuple, _histories: dict) -> go.Figure:
     """Return the loss-curve figure of checkpoint versions ((name, stamp), ...) with those histories."""
@@ -367,8 +368,8 @@ def visible_jobs(views: list[JobView]) -> list[JobView]:
 def job_card_ui(manager: JobManager, view: JobView) -> None:
     """Draw one job: progress, live loss curve, cancel or dismiss, and its errors.
 
-    The live curve is on by default only in the sessions that started or joined the job: every
-    session refreshes its cards each second, and one chart per session and second would cost a
+    The live curve is on by default only in the sessions that started or joined the job. Every
+    session refreshes its cards while a job runs, so a chart in every session would cost a
     classroom's server more than the training step does.
     """
     with st.container(border=True):

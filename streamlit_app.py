@@ -11,11 +11,12 @@ import streamlit as st
 
 st.set_page_config(page_title="Autoencoder lab", page_icon=":material/blur_on:", layout="wide")
 
-if "lab_dashboard" not in sys.modules:
+if "lab_dashboard" in sys.modules:
+    import lab_dashboard
+else:
     # The first visit after a start imports PyTorch, which takes several seconds on a small CPU.
     with st.spinner("Starting the lab: loading PyTorch and the page code…"):
         import lab_dashboard
-import lab_dashboard  # noqa: E402
 
 try:
     lab_dashboard.main()

@@ -60,7 +60,7 @@ def run_data(args) -> int:
             return _fail(str(error))
         if len(attempts) == 1:  # the files were already there and valid
             print(f"{name}: ready and verified in {root} (files already present)")
-        else:  # something was fetched: say what was wrong and which source fixed it
+        else:  # the files were fetched: print the problem found and the source that fixed it
             steps = "\n".join(f"  - {line}" for line in attempts)
             print(f"{name}: ready and verified in {root}\n{steps}")
     return 0

@@ -140,8 +140,8 @@ def raw_dir(name: str, root) -> Path:
 def python_command() -> str:
     """Return the running interpreter as a shell word: relative to the current folder when inside it.
 
-    A message that says `python -m ...` fails in a shell without the project's virtual
-    environment; the interpreter's own path works in any shell.
+    The command `python -m ...` fails in a shell without the project's virtual environment, but
+    the interpreter's own path works in any shell.
     """
     executable = Path(sys.executable)
     try:

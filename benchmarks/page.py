@@ -147,7 +147,7 @@ def _wait_for_health(url: str, server: subprocess.Popen) -> None:
                     return
         except OSError:
             time.sleep(POLL_S)
-    raise TimeoutError(f"{url} did not answer within {START_TIMEOUT_S:.0f} s")
+    raise TimeoutError(f"{url}_stcore/health did not respond within {START_TIMEOUT_S:.0f} s")
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """A minimal client of Streamlit's websocket protocol, for timing and load tests against a real server.
 
-A browser page does three things that load the server: it asks for a script run with its widget
-values, it receives the page as protobuf ForwardMsgs, and it reruns a fragment whenever the server
-asks for an automatic rerun. This client does the same three things without drawing anything, so
+A browser page loads the server in three ways. It requests a script run with its widget values, it
+receives the page as protobuf ForwardMsgs, and it reruns a fragment whenever the server requests an
+automatic rerun. This client does the same three things without drawing anything, so
 many sessions can run beside the server on a small machine without their rendering taking the
 server's cores.
 """
@@ -75,13 +75,13 @@ class SessionClient:
             del self.widgets[widget_id]  # a press counts for one run only
 
     async def rerun(self, timeout_s: float) -> float:
-        """Ask for a run of the whole page; return the seconds until the server says it finished.
+        """Request a run of the whole page; return the seconds until the server reports it finished.
 
         Returns infinity when the run did not finish within timeout_s.
         """
         self._page_done.clear()
         self.metrics.clear()
-        # A full run registers its fragments again and asks anew for their automatic reruns.
+        # A full run registers its fragments again and requests their automatic reruns anew.
         for task in self._auto_reruns.values():
             task.cancel()
         self._auto_reruns.clear()
@@ -129,7 +129,7 @@ class SessionClient:
                 self._auto_reruns[fragment_id] = asyncio.create_task(
                     self._auto_rerun(fragment_id, message.auto_rerun.interval))
         elif kind == "stop_auto_rerun":
-            for fragment_id in message.stop_auto_rerun.fragment_ids or list(self._auto_reruns):
+            for fragment_id in message.stop_auto_rerun.fragment_ids:
                 task = self._auto_reruns.pop(fragment_id, None)
                 if task is not None:
                     task.cancel()

@@ -210,7 +210,7 @@ def flops_lower_bound(phase1: list, phase2: list, gemm_timer, cores: int) -> dic
 def actual_sweep(results_dir: Path, checkpoint_dir: Path, configs: list, extrapolated_model_seconds: dict) -> dict:
     """Read what a real `python -m ae_core sweep` left behind: its summary and its checkpoints.
 
-    summary.json holds the wall time of the last sweep, which is only a training time when that
+    summary.json contains the wall time of the last sweep, which is only a training time when that
     sweep trained every model (a second sweep loads them all in seconds). Each checkpoint stores
     its training seconds and its creation time, so the span from the first model's start to the
     last model's end gives the training run's wall time even after such a reload.

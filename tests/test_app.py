@@ -211,7 +211,7 @@ def test_chart_tabs_draw_from_cache(monkeypatch, tiny_checkpoints, data_dir):
     assert "2 of 32" in texts(at)
 
 
-def test_address_takes_command_line_names_and_reports_bad_values(monkeypatch, tiny_checkpoints, data_dir):
+def test_address_names_apply_bad_values_reported(monkeypatch, tiny_checkpoints, data_dir):
     monkeypatch.setenv("AE_CHECKPOINT_DIR", str(tiny_checkpoints))
     monkeypatch.setenv("AE_DATA_DIR", str(data_dir))
     at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
@@ -228,8 +228,10 @@ def test_address_takes_command_line_names_and_reports_bad_values(monkeypatch, ti
     assert at.number_input(key="epochs").value in (1, 10)  # Streamlit cuts 1.5 to 1
     notes = [warning.value for warning in at.warning if warning.value.startswith("The address")]
     assert len(notes) == 1
-    assert "`noise_var=5`" in notes[0] and "`epochs=1.5`" in notes[0]
-    assert "dataset" not in notes[0] and "regularizer" not in notes[0]
+    assert "`noise_var=5`" in notes[0]
+    assert "`epochs=1.5`" in notes[0]
+    assert "dataset" not in notes[0]
+    assert "regularizer" not in notes[0]
 
 
 def test_damaged_checkpoint_offers_retrain(monkeypatch, tmp_path, tiny_checkpoints, data_dir):
@@ -254,7 +256,7 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
 
     at.button(key="retrain").click().run()
     started_with_progress = len(at.get("progress")) == 1
-    # The session that started the job shows its live curve; another session shows the progress
+    # The session that started the job shows its live curve. Another session shows the progress,
     # with the curve switched off until its user turns it on.
     own_curve = [toggle.value for toggle in at.toggle if toggle.label == "Live loss curve"]
     other = open_app(monkeypatch, folder, data_dir)
@@ -275,8 +277,11 @@ def test_retrain_replaces_model_for_the_page(monkeypatch, tmp_path, tiny_checkpo
 
     assert not at.exception
     assert started_with_progress, "a running job shows a progress bar"
-    assert own_curve == [True] and other_curve == [False] and other_progress == 1
-    assert len(own_cancel) == 1 and other_cancel == [], "only the page that started a job can cancel it"
+    assert own_curve == [True]
+    assert other_curve == [False]
+    assert other_progress == 1
+    assert len(own_cancel) == 1
+    assert other_cancel == [], "only the page that started a job can cancel it"
     assert "Finished in" in texts(at), f"retraining did not finish within {RETRAIN_LIMIT_S} s"
     assert path.stat().st_mtime_ns != old_stamp
     assert new_caption != old_caption, "the loss-curve caption still describes the old checkpoint"
@@ -333,7 +338,7 @@ def test_shown_images_without_noise_equal_originals():
     assert np.array_equal(noisy.x, test_x[torch.from_numpy(indices)].numpy())
 
 
-def test_png_data_urls_decode_to_the_same_pixels():
+def test_png_urls_decode_to_same_pixels():
     from PIL import Image
 
     images = torch.rand(5, 784, generator=torch.Generator().manual_seed(3)).numpy()
@@ -345,7 +350,8 @@ def test_png_data_urls_decode_to_the_same_pixels():
         assert prefix == "data:image/png;base64"
         decoded = Image.open(io.BytesIO(base64.b64decode(payload)))
         decoded.load()  # checks every chunk's CRC and the zlib stream
-        assert decoded.mode == "L" and decoded.size == (28, 28)
+        assert decoded.mode == "L"
+        assert decoded.size == (28, 28)
         assert np.array_equal(np.asarray(decoded), pixels)
 
 
@@ -378,7 +384,7 @@ def test_score_cache_prefetches_in_background():
     assert cache.get_or_compute("c", lambda: {"value": "c"}) == {"value": "c"}
 
 
-def test_score_cache_computes_a_key_once_for_concurrent_callers():
+def test_score_cache_computes_key_once():
     cache = explore.ScoreCache()
     calls = []
     release = threading.Event()
@@ -393,7 +399,7 @@ def test_score_cache_computes_a_key_once_for_concurrent_callers():
                                 name=f"session-{index}") for index in range(5)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # every thread has asked for the key by now
+    time.sleep(0.3)  # gives every thread time to request the key
     release.set()
     for thread in threads:
         thread.join(10)
@@ -401,9 +407,12 @@ def test_score_cache_computes_a_key_once_for_concurrent_callers():
     assert len(calls) == 1
     assert results == [{"value": 1}] * 5
 
-    # A failed computation is not stored; the next caller computes the key again.
+    # A failed computation is not stored, so the next caller computes the key again.
+    def failing_compute():
+        raise RuntimeError("disk gone")
+
     with pytest.raises(RuntimeError):
-        cache.get_or_compute("bad", lambda: (_ for _ in ()).throw(RuntimeError("disk gone")))
+        cache.get_or_compute("bad", failing_compute)
     assert cache.get_or_compute("bad", lambda: {"value": 2}) == {"value": 2}
 
 

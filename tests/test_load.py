@@ -31,6 +31,7 @@ from ae_core.config import DEFAULT_EPOCHS, ModelConfig
 from ae_core.data import load_dataset
 from ae_core.explore import SLIDER_STEP
 from ae_core.store import LOCK_SUFFIX, CheckpointStore
+from benchmarks.page import wait_until_idle
 from benchmarks.session_client import SessionClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,15 +368,6 @@ async def _browser_moves(page) -> list[tuple[float, float]]:
     return moves
 
 
-def _wait_until_idle(pid: int) -> float:
-    """Wait until the process uses under a fifth of one core over half a second; return the seconds waited."""
-    process = psutil.Process(pid)
-    started = time.monotonic()
-    while time.monotonic() - started < IDLE_TIMEOUT_S and process.cpu_percent(interval=0.5) >= 20:
-        pass
-    return time.monotonic() - started
-
-
 async def _sessions_during_training(chromium: Path, url: str, server_pid: int, store: CheckpointStore) -> dict:
     from playwright.async_api import async_playwright
 
@@ -394,7 +386,7 @@ async def _sessions_during_training(chromium: Path, url: str, server_pid: int, s
             # After its first view of a checkpoint the server scores the whole test set at every
             # slider value in the background, a one-time cost per checkpoint. The training starts
             # once that is done, so the moves measure the page during training alone.
-            idle_wait_s = await asyncio.to_thread(_wait_until_idle, server_pid)
+            idle_wait_s = await asyncio.to_thread(wait_until_idle, psutil.Process(server_pid), IDLE_TIMEOUT_S)
 
             trained_path = store.path(TRAINED_CONFIG)
             await _start_training(trainer, trained_path.with_suffix(LOCK_SUFFIX))
@@ -435,8 +427,8 @@ def test_sessions_stay_responsive_during_training(chromium, server, checkpoint_d
 
     The 11 sessions without a browser speak Streamlit's websocket protocol
     (benchmarks/session_client.py). Eleven Chromium pages would fill this machine's two cores with
-    their rendering and measure the browsers rather than the server; in a classroom each page
-    renders on its own laptop.
+    their rendering, so the test would measure the browsers rather than the server. In a classroom
+    each page renders on its own laptop.
     """
     process, url = server
     store = CheckpointStore(checkpoint_dir)
